@@ -1,0 +1,453 @@
+"""Storage: URIs in, Arrow filesystems out, atomic table writes with provenance.
+
+Every reader and writer in galpipe goes through :class:`Storage`. A storage root is a local
+directory (the embedded default) or ``s3://bucket/prefix``; S3 endpoint and credentials come
+from the standard AWS environment variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``).
+
+Layout under the root::
+
+    tables/<table>/<key>/part-<attempt>-<n>.parquet   data files of one committed output
+    tables/<table>/<key>/_COMMITTED.json               manifest, written last
+    checkpoints/..., figures/..., runs/...
+
+A table output is identified by ``key`` (the content hash of the stage config and inputs that
+produced it). Writes are atomic: data files are written under a fresh attempt id and the
+manifest, which lists exactly those files, is written last in a single PUT (S3) or an atomic
+rename (local). Readers only read files listed in a manifest, so a killed writer leaves nothing
+visible, and a rewrite never mixes files of two attempts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+import galpipe
+from galpipe.contracts import Contract, load_contract, validate
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_COMMITTED.json"
+PROVENANCE_KEY = b"galpipe.provenance"
+DEFAULT_ROW_GROUP = 8192
+DEFAULT_ROWS_PER_FILE = 500_000
+
+
+class StorageError(RuntimeError):
+    """Storage is unreachable, or a table is missing or damaged."""
+
+
+def code_version() -> str:
+    """The galpipe version plus the git commit of the checkout when there is one."""
+    root = Path(galpipe.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return f"{galpipe.__version__}+{sha}" if sha else galpipe.__version__
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("GALPIPE_CODE_VERSION", galpipe.__version__)
+
+
+@dataclass
+class Provenance:
+    """Where a table came from; stored in Parquet metadata and in the table's manifest."""
+
+    run_id: str
+    config_hash: str
+    code_version: str = field(default_factory=code_version)
+    input_uris: list[str] = field(default_factory=list)
+    stage: str = ""
+    created_at: str = field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    )
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Provenance":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A committed table output: its name, key, files and manifest."""
+
+    name: str
+    key: str
+    uri: str
+    files: tuple[str, ...]
+    num_rows: int
+    provenance: Provenance
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    kwargs: dict[str, Any] = {
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1",
+        "connect_timeout": 5,
+        "request_timeout": 60,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+    }
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs["endpoint_override"] = host or scheme
+        kwargs["scheme"] = scheme if host else "https"
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        kwargs["access_key"] = key
+        kwargs["secret_key"] = secret
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    elif not endpoint:
+        kwargs["anonymous"] = False
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """An Arrow filesystem and the path inside it for a local path or ``s3://`` URI."""
+    text = os.fspath(uri)
+    if text.startswith("s3://"):
+        return _s3_filesystem(), text[len("s3://"):].rstrip("/")
+    if "://" in text and not text.startswith("file://"):
+        raise ValueError(f"unsupported storage URI '{text}': use a local path or s3://bucket/prefix")
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    return pafs.LocalFileSystem(), str(Path(text).expanduser().resolve())
+
+
+def polars_storage_options(uri: str) -> dict[str, str] | None:
+    """Storage options for polars' object-store readers (None for local paths)."""
+    if not str(uri).startswith("s3://"):
+        return None
+    options = {"aws_region": os.environ.get("AWS_REGION", "us-east-1")}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    if endpoint:
+        options["aws_endpoint_url"] = endpoint
+        if endpoint.startswith("http://"):
+            options["aws_allow_http"] = "true"
+    for env, opt in (("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+                     ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+                     ("AWS_SESSION_TOKEN", "aws_session_token")):
+        if os.environ.get(env):
+            options[opt] = os.environ[env]
+    return options
+
+
+class Storage:
+    """A storage root (local directory or ``s3://bucket/prefix``) holding galpipe tables."""
+
+    def __init__(self, uri: str | os.PathLike):
+        self.uri = os.fspath(uri).rstrip("/") or "/"
+        self.fs, self.root = resolve(self.uri)
+
+    def __repr__(self) -> str:
+        return f"Storage({self.uri!r})"
+
+    def __reduce__(self):
+        # Arrow filesystems carry credentials; rebuild from the URI and the environment instead.
+        return (Storage, (self.uri,))
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    # Paths ---------------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> str:
+        """A path inside this filesystem under the root."""
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def uri_of(self, path: str) -> str:
+        """The URI of a path of this filesystem (``s3://...`` or an absolute local path)."""
+        return f"s3://{path}" if self.is_s3 else path
+
+    def table_path(self, name: str, key: str | None = None) -> str:
+        return self.path("tables", name, key) if key else self.path("tables", name)
+
+    def check_reachable(self) -> None:
+        """Raise StorageError with an actionable message when the root cannot be used."""
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            self.fs.get_file_info(self.root)
+        except OSError as exc:
+            hint = ""
+            if self.is_s3:
+                endpoint = os.environ.get("AWS_ENDPOINT_URL", "<AWS default>")
+                hint = (f" (endpoint {endpoint}; check AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                        "AWS_SECRET_ACCESS_KEY and that the bucket exists)")
+            raise StorageError(f"storage {self.uri} is unreachable{hint}: {exc}") from exc
+
+    # Small files --------------------------------------------------------------------------
+
+    def write_bytes(self, relative: str, data: bytes) -> str:
+        """Write a small file atomically (rename locally, single PUT on S3); return its URI."""
+        target = self.path(relative)
+        parent = target.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if self.is_s3:
+            with self.fs.open_output_stream(target) as out:
+                out.write(data)
+        else:
+            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        return self.uri_of(target)
+
+    def read_bytes(self, relative: str) -> bytes:
+        with self.fs.open_input_stream(self.path(relative)) as handle:
+            return handle.read()
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
+
+    def upload_file(self, local_path: str | os.PathLike, relative: str) -> str:
+        """Copy a local file (e.g. a figure) under the root; return its URI."""
+        return self.write_bytes(relative, Path(local_path).read_bytes())
+
+    # Tables -------------------------------------------------------------------------------
+
+    def _manifest(self, name: str, key: str) -> dict[str, Any] | None:
+        path = f"{self.table_path(name, key)}/{MANIFEST}"
+        try:
+            with self.fs.open_input_stream(path) as handle:
+                return json.loads(handle.read())
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as exc:
+            raise StorageError(f"damaged manifest {self.uri_of(path)}: {exc}") from exc
+
+    def has_table(self, name: str, key: str) -> bool:
+        """True when table ``name`` has a committed output under ``key``."""
+        return self._manifest(name, key) is not None
+
+    def table(self, name: str, key: str) -> TableRef:
+        """The committed output ``key`` of table ``name``."""
+        manifest = self._manifest(name, key)
+        if manifest is None:
+            raise StorageError(
+                f"table '{name}' has no committed output '{key}' under {self.uri}"
+            )
+        base = self.table_path(name, key)
+        return TableRef(
+            name=name,
+            key=key,
+            uri=self.uri_of(base),
+            files=tuple(f"{base}/{f}" for f in manifest["files"]),
+            num_rows=int(manifest["num_rows"]),
+            provenance=Provenance(**manifest["provenance"]),
+        )
+
+    def keys(self, name: str) -> list[str]:
+        """Committed keys of table ``name``, oldest first."""
+        selector = pafs.FileSelector(self.table_path(name), allow_not_found=True)
+        found = []
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.Directory:
+                manifest = self._manifest(name, info.base_name)
+                if manifest is not None:
+                    found.append((manifest["provenance"]["created_at"], info.base_name))
+        return [key for _, key in sorted(found)]
+
+    def tables(self) -> list[str]:
+        """Names of the tables present under this root."""
+        selector = pafs.FileSelector(self.path("tables"), allow_not_found=True)
+        return sorted(i.base_name for i in self.fs.get_file_info(selector)
+                      if i.type == pafs.FileType.Directory)
+
+    def write_table(
+        self,
+        name: str,
+        data: pa.Table | Iterable[pa.RecordBatch],
+        *,
+        key: str,
+        provenance: Provenance,
+        contract: Contract | str | None = None,
+        row_group_size: int = DEFAULT_ROW_GROUP,
+        rows_per_file: int = DEFAULT_ROWS_PER_FILE,
+        extra_metadata: dict[bytes, bytes] | None = None,
+    ) -> TableRef:
+        """Write table ``name`` under ``key`` atomically, validating each batch on the way.
+
+        ``data`` is a table or a stream of record batches (memory stays bounded by one batch
+        plus the Parquet writer's row group). Every batch is checked against the contract
+        (default: the contract named ``name``); a violation aborts the write and leaves the
+        previous committed output, if any, untouched.
+        """
+        if contract is None:
+            contract = load_contract(name)
+        elif isinstance(contract, str):
+            contract = load_contract(contract)
+        batches: Iterable[pa.RecordBatch]
+        batches = data.to_batches(max_chunksize=row_group_size) if isinstance(data, pa.Table) \
+            else data
+        if isinstance(data, pa.Table) and data.num_rows == 0:
+            batches = [pa.RecordBatch.from_pylist([], schema=data.schema)]
+
+        provenance.stage = provenance.stage or name
+        base = self.table_path(name, key)
+        self.fs.create_dir(base, recursive=True)
+        attempt = uuid.uuid4().hex[:10]
+        files: list[str] = []
+        num_rows = 0
+        writer: pq.ParquetWriter | None = None
+        stream = None
+        rows_in_file = 0
+        schema: pa.Schema | None = None
+        try:
+            for batch in batches:
+                table = pa.Table.from_batches([batch])
+                if contract is not None:
+                    table = validate(contract.conform(table), contract)
+                if schema is None:
+                    metadata = dict(table.schema.metadata or {})
+                    metadata[PROVENANCE_KEY] = provenance.to_json().encode()
+                    metadata[b"galpipe.contract"] = f"{contract.name}:v{contract.version}".encode()
+                    metadata.update(extra_metadata or {})
+                    schema = table.schema.with_metadata(metadata)
+                table = table.cast(schema) if table.schema != schema else table
+                if writer is None or rows_in_file >= rows_per_file:
+                    if writer is not None:
+                        writer.close()
+                        stream.close()
+                    filename = f"part-{attempt}-{len(files):05d}.parquet"
+                    stream = self.fs.open_output_stream(f"{base}/{filename}")
+                    writer = pq.ParquetWriter(stream, schema, compression="zstd")
+                    files.append(filename)
+                    rows_in_file = 0
+                writer.write_table(table, row_group_size=row_group_size)
+                rows_in_file += table.num_rows
+                num_rows += table.num_rows
+            if writer is None:
+                raise ValueError(f"no data to write for table '{name}'")
+            writer.close()
+            stream.close()
+            writer = stream = None
+        except BaseException:
+            if writer is not None:
+                try:
+                    writer.close()
+                    stream.close()
+                except Exception:  # the original error matters more than a failed close
+                    pass
+            for filename in files:
+                try:
+                    self.fs.delete_file(f"{base}/{filename}")
+                except OSError:
+                    pass
+            raise
+
+        manifest = {
+            "table": name,
+            "key": key,
+            "files": files,
+            "num_rows": num_rows,
+            "contract": f"{contract.name}:v{contract.version}",
+            "provenance": asdict(provenance),
+        }
+        self.write_bytes(f"tables/{name}/{key}/{MANIFEST}",
+                         json.dumps(manifest, indent=1).encode())
+        self._remove_stale(base, keep=set(files))
+        log.info("wrote table %s/%s: %d rows in %d file(s)", name, key, num_rows, len(files))
+        return self.table(name, key)
+
+    def _remove_stale(self, base: str, keep: set[str]) -> None:
+        """Delete data files of earlier, superseded or killed attempts under one key."""
+        selector = pafs.FileSelector(base, allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.base_name.startswith("part-") and info.base_name not in keep:
+                try:
+                    self.fs.delete_file(info.path)
+                except OSError:
+                    log.warning("could not remove stale file %s", info.path)
+
+    def delete_table(self, name: str, key: str) -> None:
+        """Remove one committed output (manifest first, so it disappears atomically)."""
+        base = self.table_path(name, key)
+        try:
+            self.fs.delete_file(f"{base}/{MANIFEST}")
+        except FileNotFoundError:
+            pass
+        self.fs.delete_dir_contents(base, missing_dir_ok=True)
+
+    def dataset(self, name: str, keys: str | Iterable[str] | None = None) -> pads.Dataset:
+        """A pyarrow dataset over committed outputs of ``name`` (all keys when None)."""
+        if keys is None:
+            keys = self.keys(name)
+        elif isinstance(keys, str):
+            keys = [keys]
+        files: list[str] = []
+        schema = None
+        for key in keys:
+            ref = self.table(name, key)
+            files.extend(ref.files)
+        if not files:
+            raise StorageError(f"table '{name}' has no committed output under {self.uri}")
+        try:
+            if schema is None:
+                schema = pq.read_schema(files[0], filesystem=self.fs)
+            return pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet")
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StorageError(f"cannot read table '{name}' under {self.uri}: {exc}") from exc
+
+    def read_table(
+        self, name: str, key: str | Iterable[str] | None = None, *,
+        columns: list[str] | None = None, filter: Any = None,
+    ) -> pa.Table:
+        """Read committed output(s) of table ``name`` into memory (small tables only)."""
+        dataset = self.dataset(name, key)
+        try:
+            return dataset.to_table(columns=columns, filter=filter)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StorageError(f"cannot read table '{name}' under {self.uri}: {exc}") from exc
+
+    def iter_batches(
+        self, name: str, key: str | Iterable[str] | None = None, *,
+        columns: list[str] | None = None, batch_size: int = DEFAULT_ROW_GROUP,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream committed output(s) of ``name`` batch by batch (memory bounded by a batch)."""
+        dataset = self.dataset(name, key)
+        yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+
+    @contextmanager
+    def local_dir(self, relative: str) -> Iterator[Path]:
+        """A local scratch directory whose files are uploaded under ``relative`` on success."""
+        import shutil
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="galpipe-"))
+        try:
+            yield scratch
+            for path in sorted(scratch.rglob("*")):
+                if path.is_file():
+                    self.upload_file(path, f"{relative}/{path.relative_to(scratch).as_posix()}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def provenance_of(self, name: str, key: str) -> Provenance:
+        """Provenance stored in the Parquet metadata of a committed output."""
+        ref = self.table(name, key)
+        schema = pq.read_schema(ref.files[0], filesystem=self.fs)
+        return Provenance.from_json(schema.metadata[PROVENANCE_KEY])

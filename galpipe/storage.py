@@ -296,82 +296,26 @@ class Storage:
         (default: the contract named ``name``); a violation aborts the write and leaves the
         previous committed output, if any, untouched.
         """
+        if isinstance(data, pa.Table):
+            batches = data.to_batches(max_chunksize=row_group_size) or \
+                [pa.RecordBatch.from_pylist([], schema=data.schema)]
+        else:
+            batches = data
+        with self.table_writer(name, key=key, provenance=provenance, contract=contract,
+                               row_group_size=row_group_size, rows_per_file=rows_per_file,
+                               extra_metadata=extra_metadata) as writer:
+            for batch in batches:
+                writer.write(batch)
+        return writer.ref
+
+    def table_writer(self, name: str, *, key: str, provenance: Provenance,
+                     contract: Contract | str | None = None, **options: Any) -> "TableWriter":
+        """A streaming writer for one table output; commits on a clean exit of its ``with``."""
         if contract is None:
             contract = load_contract(name)
         elif isinstance(contract, str):
             contract = load_contract(contract)
-        batches: Iterable[pa.RecordBatch]
-        batches = data.to_batches(max_chunksize=row_group_size) if isinstance(data, pa.Table) \
-            else data
-        if isinstance(data, pa.Table) and data.num_rows == 0:
-            batches = [pa.RecordBatch.from_pylist([], schema=data.schema)]
-
-        provenance.stage = provenance.stage or name
-        base = self.table_path(name, key)
-        self.fs.create_dir(base, recursive=True)
-        attempt = uuid.uuid4().hex[:10]
-        files: list[str] = []
-        num_rows = 0
-        writer: pq.ParquetWriter | None = None
-        stream = None
-        rows_in_file = 0
-        schema: pa.Schema | None = None
-        try:
-            for batch in batches:
-                table = pa.Table.from_batches([batch])
-                if contract is not None:
-                    table = validate(contract.conform(table), contract)
-                if schema is None:
-                    metadata = dict(table.schema.metadata or {})
-                    metadata[PROVENANCE_KEY] = provenance.to_json().encode()
-                    metadata[b"galpipe.contract"] = f"{contract.name}:v{contract.version}".encode()
-                    metadata.update(extra_metadata or {})
-                    schema = table.schema.with_metadata(metadata)
-                table = table.cast(schema) if table.schema != schema else table
-                if writer is None or rows_in_file >= rows_per_file:
-                    if writer is not None:
-                        writer.close()
-                        stream.close()
-                    filename = f"part-{attempt}-{len(files):05d}.parquet"
-                    stream = self.fs.open_output_stream(f"{base}/{filename}")
-                    writer = pq.ParquetWriter(stream, schema, compression="zstd")
-                    files.append(filename)
-                    rows_in_file = 0
-                writer.write_table(table, row_group_size=row_group_size)
-                rows_in_file += table.num_rows
-                num_rows += table.num_rows
-            if writer is None:
-                raise ValueError(f"no data to write for table '{name}'")
-            writer.close()
-            stream.close()
-            writer = stream = None
-        except BaseException:
-            if writer is not None:
-                try:
-                    writer.close()
-                    stream.close()
-                except Exception:  # the original error matters more than a failed close
-                    pass
-            for filename in files:
-                try:
-                    self.fs.delete_file(f"{base}/{filename}")
-                except OSError:
-                    pass
-            raise
-
-        manifest = {
-            "table": name,
-            "key": key,
-            "files": files,
-            "num_rows": num_rows,
-            "contract": f"{contract.name}:v{contract.version}",
-            "provenance": asdict(provenance),
-        }
-        self.write_bytes(f"tables/{name}/{key}/{MANIFEST}",
-                         json.dumps(manifest, indent=1).encode())
-        self._remove_stale(base, keep=set(files))
-        log.info("wrote table %s/%s: %d rows in %d file(s)", name, key, num_rows, len(files))
-        return self.table(name, key)
+        return TableWriter(self, name, key, provenance, contract, **options)
 
     def _remove_stale(self, base: str, keep: set[str]) -> None:
         """Delete data files of earlier, superseded or killed attempts under one key."""
@@ -451,3 +395,112 @@ class Storage:
         ref = self.table(name, key)
         schema = pq.read_schema(ref.files[0], filesystem=self.fs)
         return Provenance.from_json(schema.metadata[PROVENANCE_KEY])
+
+
+class TableWriter:
+    """Writes one table output batch by batch; the manifest is written only by :meth:`commit`.
+
+    Use as a context manager: a clean exit commits, an exception deletes this attempt's files
+    and leaves any earlier committed output untouched.
+    """
+
+    def __init__(self, storage: Storage, name: str, key: str, provenance: Provenance,
+                 contract: Contract, *, row_group_size: int = DEFAULT_ROW_GROUP,
+                 rows_per_file: int = DEFAULT_ROWS_PER_FILE,
+                 extra_metadata: dict[bytes, bytes] | None = None):
+        self.storage = storage
+        self.name = name
+        self.key = key
+        self.provenance = provenance
+        self.provenance.stage = provenance.stage or name
+        self.contract = contract
+        self.row_group_size = row_group_size
+        self.rows_per_file = rows_per_file
+        self.extra_metadata = extra_metadata or {}
+        self.base = storage.table_path(name, key)
+        self.attempt = uuid.uuid4().hex[:10]
+        self.files: list[str] = []
+        self.num_rows = 0
+        self.ref: TableRef | None = None
+        self._schema: pa.Schema | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._stream = None
+        self._rows_in_file = 0
+
+    def __enter__(self) -> "TableWriter":
+        self.storage.fs.create_dir(self.base, recursive=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        """Validate one batch against the contract and append it."""
+        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+        table = validate(self.contract.conform(table), self.contract)
+        if self._schema is None:
+            metadata = dict(table.schema.metadata or {})
+            metadata[PROVENANCE_KEY] = self.provenance.to_json().encode()
+            metadata[b"galpipe.contract"] = \
+                f"{self.contract.name}:v{self.contract.version}".encode()
+            metadata.update(self.extra_metadata)
+            self._schema = table.schema.with_metadata(metadata)
+        if table.schema != self._schema:
+            try:
+                table = table.cast(self._schema)
+            except (pa.ArrowInvalid, ValueError) as exc:
+                raise ValueError(f"table '{self.name}': a batch's schema differs from the "
+                                 f"first batch's: {exc}") from exc
+        if self._writer is None or self._rows_in_file >= self.rows_per_file:
+            self._close_file()
+            filename = f"part-{self.attempt}-{len(self.files):05d}.parquet"
+            self._stream = self.storage.fs.open_output_stream(f"{self.base}/{filename}")
+            self._writer = pq.ParquetWriter(self._stream, self._schema, compression="zstd")
+            self.files.append(filename)
+            self._rows_in_file = 0
+        self._writer.write_table(table, row_group_size=self.row_group_size)
+        self._rows_in_file += table.num_rows
+        self.num_rows += table.num_rows
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._stream.close()
+            self._writer = self._stream = None
+
+    def commit(self) -> TableRef:
+        """Close the data files and write the manifest that makes them visible."""
+        if self._writer is None and not self.files:
+            if self._schema is None:
+                raise ValueError(f"no data to write for table '{self.name}'")
+        self._close_file()
+        manifest = {
+            "table": self.name,
+            "key": self.key,
+            "files": self.files,
+            "num_rows": self.num_rows,
+            "contract": f"{self.contract.name}:v{self.contract.version}",
+            "provenance": asdict(self.provenance),
+        }
+        self.storage.write_bytes(f"tables/{self.name}/{self.key}/{MANIFEST}",
+                                 json.dumps(manifest, indent=1).encode())
+        self.storage._remove_stale(self.base, keep=set(self.files))
+        log.info("wrote table %s/%s: %d rows in %d file(s)", self.name, self.key,
+                 self.num_rows, len(self.files))
+        self.ref = self.storage.table(self.name, self.key)
+        return self.ref
+
+    def abort(self) -> None:
+        """Delete this attempt's files; earlier committed output stays as it was."""
+        try:
+            self._close_file()
+        except Exception:  # the error that caused the abort matters more than a failed close
+            self._writer = self._stream = None
+        for filename in self.files:
+            try:
+                self.storage.fs.delete_file(f"{self.base}/{filename}")
+            except OSError:
+                pass

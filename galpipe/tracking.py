@@ -26,10 +26,15 @@ def default_tracking_uri(storage_uri: str) -> str:
     return f"sqlite:///{(base / 'mlflow.db').resolve()}"
 
 
+def _safe_key(key: str) -> str:
+    """An MLflow-legal name: feature-set names like ``gri+nir`` carry characters it rejects."""
+    return "".join(ch if ch.isalnum() or ch in "_-. :/" else "_" for ch in key)
+
+
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in params.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_safe_key(str(key))}"
         if isinstance(value, Mapping):
             flat.update(_flatten(value, f"{name}."))
         else:
@@ -92,14 +97,14 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        rows = [Metric(k, float(v), now, step) for k, v in metrics.items()
+        rows = [Metric(_safe_key(k), float(v), now, step) for k, v in metrics.items()
                 if v is not None and math.isfinite(float(v))]
         for start in range(0, len(rows), 500):
             self.client.log_batch(run_id, metrics=rows[start:start + 500])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value)[:5000])
+            self.client.set_tag(run_id, _safe_key(key), str(value)[:5000])
 
     def log_artifact(self, run_id: str, path: str | os.PathLike, subdir: str | None = None) -> None:
         try:

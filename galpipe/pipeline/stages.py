@@ -332,8 +332,7 @@ def _float_column(table: pa.Table, name: str) -> np.ndarray:
 
 def local_tests(ctx: RunContext, spec: ModelSpec, neighbours_key: str) -> str:
     """Local tests of stellar mass against the query column over each galaxy's neighbours."""
-    from galpipe.causal import run_local_tests, summarise_local_tests
-    from galpipe.causal.figures import local_tests_figure
+    from galpipe.causal import plot_local_tests, run_local_tests, summarise_local_tests
 
     config = ctx.config
     settings = config.local_tests
@@ -372,15 +371,14 @@ def local_tests(ctx: RunContext, spec: ModelSpec, neighbours_key: str) -> str:
                                          "stellar_mass"])
         galaxies = galaxies.rename_columns(["galaxy_id", "class", "stellar_mass"])
         joined = tests.join(galaxies, "galaxy_id")
-        summary = summarise_local_tests(joined, run_id=ctx.run_id,
-                                        mass_edges=list(settings.mass_edges),
+        summary = summarise_local_tests(joined, list(settings.mass_edges), run_id=ctx.run_id,
                                         alpha=settings.alpha)
         ctx.storage.write_table("local_tests_summary", summary, key=key,
                                 provenance=ctx.provenance("local_tests", [("local_tests", key)]))
         with ctx.storage.local_dir(f"figures/local_tests/{key}") as scratch:
-            paths = local_tests_figure(joined, str(scratch / f"local_tests_{spec.slug}.png"))
-            for path in paths if isinstance(paths, list) else [paths]:
-                ctx.tracker.log_artifact(ctx.tracker.parent_id, path, "figures")
+            path = str(scratch / f"local_tests_{spec.slug}.png")
+            plot_local_tests(joined, spec.name, path)
+            ctx.tracker.log_artifact(ctx.tracker.parent_id, path, "figures")
         r_p = tests.column("r_pvalue").to_numpy(zero_copy_only=False)
         return {"galaxies": ref.num_rows,
                 "share_r_p_below_alpha": float(np.nanmean(r_p < settings.alpha))}
@@ -396,8 +394,7 @@ def local_tests(ctx: RunContext, spec: ModelSpec, neighbours_key: str) -> str:
 
 def discovery(ctx: RunContext, predictions: dict[str, str]) -> str:
     """Bootstrapped PC / FCI over galaxy variables and MI models' mass estimates."""
-    from galpipe.causal import bootstrap_discovery
-    from galpipe.causal.figures import causal_graph_figure
+    from galpipe.causal import bootstrap_discovery, plot_causal_graph
 
     config = ctx.config
     settings = config.discovery
@@ -433,7 +430,8 @@ def discovery(ctx: RunContext, predictions: dict[str, str]) -> str:
                                 provenance=ctx.provenance("discovery", inputs))
         with ctx.storage.local_dir(f"figures/discovery/{key}") as scratch:
             for method, table in zip(settings.methods, tables):
-                path = causal_graph_figure(table, str(scratch / f"causal_graph_{method}.png"))
+                path = str(scratch / f"causal_graph_{method}.png")
+                plot_causal_graph(table, path)
                 ctx.tracker.log_artifact(ctx.tracker.parent_id, path, "figures")
         strong = pc.sum(pc.greater(edges["adjacency_frequency"], 0.8)).as_py() or 0
         return {"edges_above_80pct": int(strong), "rows": edges.num_rows}

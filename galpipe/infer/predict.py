@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from galpipe.bins import MassBins
+from galpipe.data.pipeline import SPLITS
 from galpipe.infer.estimates import pdf_quantiles, point_estimates, true_bin_cross_entropy
 from galpipe.infer.metrics import crps_per_galaxy
 
@@ -115,7 +116,8 @@ class ModelPredictor:
                                      self.quantiles)
         record = predictions_batch(
             **self.meta, estimator="network", galaxy_id=batch["galaxy_id"],
-            split=batch["split"], stellar_mass=mass, columns=columns,
+            split=np.asarray(SPLITS, dtype=object)[np.asarray(batch["split_code"])],
+            stellar_mass=mass, columns=columns,
             latent_s=np.asarray(out["latent_s"]),
         )
         return pa.Table.from_batches([record])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -35,15 +37,175 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit the type annotation ``hint`` (None when it does)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if all(_type_problem(value, option) for option in options):
+            return f"expected {' or '.join(_type_name(o) for o in options)}, got {value!r}"
+        return None
+    if hint is type(None):
+        return None if value is None else f"expected null, got {value!r}"
+    if hint is Any:
+        return None
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"expected an integer, got {value!r}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"expected a number, got {value!r}"
+    if hint is str:
+        return None if isinstance(value, str) else f"expected a string, got {value!r}"
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return f"expected a list, got {value!r}"
+        args = typing.get_args(hint)
+        item_hints = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(item_hints) != len(value):
+            return f"expected a list of {len(item_hints)} values, got {value!r}"
+        for item, item_hint in zip(value, item_hints):
+            problem = _type_problem(item, item_hint)
+            if problem:
+                return f"in {list(value)!r}: {problem}"
+        return None
+    if origin is dict:
+        return None if isinstance(value, Mapping) else f"expected a mapping, got {value!r}"
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
 def _build(cls, raw: Mapping[str, Any] | None, where: str):
-    """A dataclass from a mapping, rejecting unknown keys with the config path named."""
+    """A dataclass from a mapping, rejecting unknown keys and wrongly typed values with the
+    config path named."""
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ValueError(f"config section '{where}' must be a mapping of key: value, "
+                         f"got {raw!r}")
     raw = dict(raw or {})
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ValueError(f"config section '{where}': unknown keys {unknown} "
                          f"(allowed: {sorted(names)})")
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        problem = _type_problem(value, hints.get(key, Any))
+        if problem:
+            raise ValueError(f"config value {where}.{key}: {problem}")
     return cls(**raw)
+
+
+_AT_LEAST_ONE = {
+    "training": ("steps", "batch_size", "checkpoint_every", "validate_every", "log_every",
+                 "num_workers"),
+    "inference": ("batch_size", "num_actors"),
+    "neighbours": ("k", "num_actors", "block_size"),
+    "local_tests": ("n_permutations", "min_valid", "num_actors", "block_size"),
+    "discovery": ("n_bootstrap", "num_actors"),
+    "information": ("n_bootstrap", "min_count"),
+    "survey": ("image_size",),
+}
+_CHOICES = {
+    ("discovery", "methods"): ("pc", "fci"),
+    ("discovery", "indep_test"): ("fisherz", "kci"),
+    ("neighbours", "knn_weighting"): ("inverse_distance", "gaussian", "uniform"),
+    ("information", "split"): ("train", "validation", "test", "inference"),
+    ("training", "architecture"): ("small", "paper"),
+}
+
+
+def _check_values(config: "Config") -> None:
+    """Range and choice checks that the types alone cannot express (names the config path)."""
+    for section, keys in _AT_LEAST_ONE.items():
+        for key in keys:
+            value = getattr(getattr(config, section), key)
+            if value < 1:
+                raise ValueError(f"config value {section}.{key} must be >= 1, got {value}")
+    for (section, key), allowed in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        for item in (value if isinstance(value, tuple) else (value,)):
+            if item not in allowed:
+                raise ValueError(f"config value {section}.{key}: '{item}' is not one of "
+                                 f"{list(allowed)}")
+    for where, value in (("training.learning_rate", config.training.learning_rate),
+                         ("local_tests.alpha", config.local_tests.alpha),
+                         ("discovery.alpha", config.discovery.alpha)):
+        if not value > 0:
+            raise ValueError(f"config value {where} must be > 0, got {value}")
+    for where, edges in (("local_tests.mass_edges", config.local_tests.mass_edges),
+                         ("information.mass_edges", config.information.mass_edges),
+                         ("information.magnitude_edges", config.information.magnitude_edges)):
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"config value {where} must increase strictly, got {list(edges)}")
+    quantiles = config.inference.pdf_quantiles
+    if any(not 0 < q < 1 for q in quantiles) or list(quantiles) != sorted(set(quantiles)):
+        raise ValueError(f"config value inference.pdf_quantiles must be increasing values in "
+                         f"(0, 1), got {list(quantiles)}")
+    if not 0 < config.information.level < 1:
+        raise ValueError(f"config value information.level must be in (0, 1), "
+                         f"got {config.information.level}")
+    _check_source(config.survey.source)
+
+
+def _check_source(source: Mapping[str, Any]) -> None:
+    """survey.source: a known kind with what that kind needs."""
+    kind = source.get("kind")
+    if kind not in ("sample", "mock", "tables"):
+        raise ValueError(f"config value survey.source.kind must be sample, mock or tables, "
+                         f"got {kind!r}")
+    if kind == "mock":
+        for key in ("n", "seed"):
+            value = source.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    (key == "n" and value < 1):
+                raise ValueError(f"config value survey.source.{key} must be an integer"
+                                 f"{' >= 1' if key == 'n' else ''}, got {value!r}")
+    if kind == "tables" and not isinstance(source.get("galaxies"), str):
+        raise ValueError("config value survey.source.galaxies must be the URI of a galaxies "
+                         f"Parquet dataset for kind 'tables', got {source.get('galaxies')!r}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key repeated in one mapping (a silent typo otherwise)."""
+
+
+def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice in one mapping", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _mapping_without_repeats)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's top-level mapping, every failure named with the file."""
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"config file {path} is not a file")
+    try:
+        with path.open() as handle:
+            raw = yaml.load(handle, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {path} cannot be read: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections (survey:, "
+                         f"feature_sets:, ...), got {type(raw).__name__}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -262,9 +424,17 @@ class ModelSpec:
 
 
 def _tuples(raw: list[Mapping[str, Any]] | None) -> tuple[InformationTuple, ...]:
+    if raw is not None and not isinstance(raw, (list, tuple)):
+        raise ValueError(f"information.tuples must be a list, got {raw!r}")
     out = []
     for i, entry in enumerate(raw or []):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"information.tuples[{i}] must be a mapping with 'sources' and "
+                             f"'union', got {entry!r}")
         entry = dict(entry)
+        if not isinstance(entry.get("sources"), (list, tuple)):
+            raise ValueError(f"information.tuples[{i}]: 'sources' must be a list of two feature "
+                             f"sets, got {entry.get('sources')!r}")
         try:
             sources = tuple(entry.pop("sources"))
             union = entry.pop("union")
@@ -281,15 +451,19 @@ def _tuples(raw: list[Mapping[str, Any]] | None) -> tuple[InformationTuple, ...]
 
 
 def _tupled(section: Mapping[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    if section is not None and not isinstance(section, Mapping):
+        return section  # _build reports the section's type
     section = dict(section or {})
     for key in keys:
-        if key in section and section[key] is not None:
+        if isinstance(section.get(key), (list, tuple)):
             section[key] = tuple(section[key])
     return section
 
 
 def from_dict(raw: Mapping[str, Any], source_path: str | None = None) -> Config:
     """Validate a raw config mapping into a :class:`Config`."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"config must be a mapping of sections, got {type(raw).__name__}")
     raw = copy.deepcopy(dict(raw))
     allowed = {"survey", "bins", "feature_sets", "imodels", "training", "inference",
                "neighbours", "local_tests", "discovery", "information", "tracking", "resources"}
@@ -299,6 +473,13 @@ def from_dict(raw: Mapping[str, Any], source_path: str | None = None) -> Config:
     if not raw.get("feature_sets"):
         raise ValueError("config: 'feature_sets' is empty; declare at least one feature set")
 
+    imodels = raw.get("imodels", ())
+    if not isinstance(imodels, (list, tuple)) or not all(isinstance(m, str) for m in imodels):
+        raise ValueError(f"config value imodels must be a list of feature set names, "
+                         f"got {imodels!r}")
+    if raw.get("information") is not None and not isinstance(raw["information"], Mapping):
+        raise ValueError(f"config section 'information' must be a mapping, "
+                         f"got {raw['information']!r}")
     information = _tupled(raw.get("information"), ("mass_edges", "magnitude_edges"))
     information["tuples"] = _tuples(information.get("tuples"))
     config = Config(
@@ -320,9 +501,7 @@ def from_dict(raw: Mapping[str, Any], source_path: str | None = None) -> Config:
         raw=raw,
         source_path=source_path,
     )
-    if config.training.architecture not in ("small", "paper"):
-        raise ValueError("training.architecture must be 'small' or 'paper', "
-                         f"got '{config.training.architecture}'")
+    _check_values(config)
     for tup in config.information.tuples:
         for fs in (*tup.sources, tup.union, tup.reference):
             if fs:
@@ -337,18 +516,17 @@ def load(path: str | Path | None = None, overrides: Mapping[str, Any] | None = N
     ``overrides`` is a nested mapping merged on top (used by the CLI and tests).
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    with path.open() as handle:
-        try:
-            raw = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+    raw = _read_yaml(path)
     if "include" in raw:
-        base_path = (path.parent / raw.pop("include")).resolve()
-        with base_path.open() as handle:
-            base = yaml.safe_load(handle) or {}
-        raw = deep_merge(base, raw)
+        include = raw.pop("include")
+        if not isinstance(include, str):
+            raise ValueError(f"config file {path}: 'include' must be a file name, "
+                             f"got {include!r}")
+        base_path = (path.parent / include).resolve()
+        if not base_path.exists():
+            raise FileNotFoundError(f"config file {path} includes {base_path}, which does "
+                                    f"not exist")
+        raw = deep_merge(_read_yaml(base_path), raw)
     if overrides:
         raw = deep_merge(raw, overrides)
     return from_dict(raw, source_path=str(path))

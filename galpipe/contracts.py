@@ -137,7 +137,7 @@ class Contract:
         for col in self.columns:
             array = table.column(col.name)
             if not any(_type_matches(t, array.type) for t in col.types):
-                array = array.cast(col.arrow_type())
+                array = _cast_column(array, col, self.name)
             arrays.append(array)
             fields.append(pa.field(col.name, array.type, nullable=col.nullable))
         extras = [n for n in table.column_names if n not in self.column_names]
@@ -145,6 +145,25 @@ class Contract:
             arrays.append(table.column(name))
             fields.append(table.schema.field(name))
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
+
+
+def _cast_column(array: pa.ChunkedArray, col: Column, table: str) -> pa.ChunkedArray:
+    """``array`` cast to the column's type; a ContractError names the column and bad values."""
+    target = col.arrow_type()
+    try:
+        return array.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        detail = str(exc).splitlines()[0]
+        try:  # the first values that do not convert, so the user can find them
+            converted = pc.cast(array, target, safe=False)
+            bad = pc.and_(pc.is_null(converted), pc.is_valid(array))
+            if pc.any(bad).as_py():
+                values = pc.filter(array, bad).slice(0, 3).to_pylist()
+                detail = f"values {values} at {_row_context(bad)}"
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
+        raise ContractError(table, [f"column '{col.name}': type {array.type} cannot be converted "
+                                    f"to declared {list(col.types)}: {detail}"]) from exc
 
 
 def _parse_contract(raw: dict[str, Any], source: str) -> Contract:
@@ -244,6 +263,11 @@ def check(table: pa.Table, contract: Contract | str, *, row_offset: int = 0) -> 
             nan_mask = pc.is_nan(array)
             if pc.any(nan_mask).as_py():
                 violations.append(f"column '{col.name}': NaN values at {_row_context(nan_mask)}")
+            # A required number must be a number: +-inf is as missing as NaN.
+            inf_mask = pc.is_inf(array)
+            if pc.any(inf_mask).as_py():
+                violations.append(f"column '{col.name}': infinite values at "
+                                  f"{_row_context(inf_mask)}")
         if col.allowed is not None and len(array):
             allowed = pa.array(list(col.allowed), type=array.type)
             bad = pc.and_(pc.invert(pc.is_in(array, value_set=allowed)), pc.is_valid(array))

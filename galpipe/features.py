@@ -141,6 +141,9 @@ def _merge(name: str, parts: list[FeatureSet], description: str) -> FeatureSet:
 
 def parse_feature_sets(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, FeatureSet]:
     """Build feature sets from a config mapping ``name -> declaration`` (unions resolved)."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"'feature_sets' must be a mapping of name -> declaration, got "
+                         f"{type(raw).__name__}")
     resolved: dict[str, FeatureSet] = {}
 
     def build(name: str, stack: tuple[str, ...]) -> FeatureSet:
@@ -150,7 +153,20 @@ def parse_feature_sets(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, Featur
             raise ValueError(f"unknown feature set '{name}' (declared: {sorted(raw)})")
         if name in stack:
             raise ValueError(f"feature set union cycle: {' -> '.join(stack + (name,))}")
+        if not isinstance(raw[name], Mapping) and raw[name] is not None:
+            raise ValueError(f"feature set '{name}' must be a mapping like "
+                             f"{{columns: [...]}} or {{bands: [...]}}, got {raw[name]!r}")
         spec = dict(raw[name] or {})
+        for key in ("bands", "columns", "errors", "extra", "flux_columns", "union"):
+            value = spec.get(key, [])
+            # A bare string would be split into characters by tuple(): refuse it.
+            if not isinstance(value, (list, tuple)) or \
+                    not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"feature set '{name}': '{key}' must be a list of names, "
+                                 f"got {value!r}")
+        if not isinstance(spec.get("flux_normalise", False), bool):
+            raise ValueError(f"feature set '{name}': 'flux_normalise' must be true or false, "
+                             f"got {spec['flux_normalise']!r}")
         unknown = set(spec) - {"bands", "columns", "errors", "extra", "flux_normalise",
                                "flux_columns", "description", "union"}
         if unknown:

@@ -28,7 +28,7 @@ import subprocess
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import galpipe
-from galpipe.contracts import Contract, load_contract, validate
+from galpipe.contracts import Contract, ContractError, load_contract, validate
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,18 @@ DEFAULT_ROWS_PER_FILE = 500_000
 
 class StorageError(RuntimeError):
     """Storage is unreachable, or a table is missing or damaged."""
+
+
+UNIQUE_KEYS = {"galaxies": "galaxy_id", "cutouts": "galaxy_id"}
+"""Tables whose key column must be unique across every batch of one output (join keys)."""
+
+
+def _check_part(part: str, what: str) -> str:
+    """A table name or key usable as one path segment (no separators, not '.'/'..')."""
+    if not part or "/" in part or "\\" in part or part in (".", ".."):
+        raise ValueError(f"{what} must be a non-empty name without '/' and not '.' or '..', "
+                         f"got {part!r}")
+    return part
 
 
 def code_version() -> str:
@@ -85,6 +97,31 @@ class Provenance:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Provenance":
         return cls(**json.loads(text))
+
+
+_PROVENANCE_FIELDS = {f.name for f in fields(Provenance)}
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with a parsed manifest's shape, or None when it is usable."""
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object, got {type(manifest).__name__}"
+    missing = [k for k in ("files", "num_rows", "provenance") if k not in manifest]
+    if missing:
+        return f"missing entries {missing}"
+    files = manifest["files"]
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return "'files' must be a list of file names"
+    # Names are joined under the output's folder: anything that could leave it is damage.
+    bad = [f for f in files if not f.startswith("part-") or "/" in f or "\\" in f or ".." in f]
+    if bad:
+        return f"'files' lists names outside the output's folder: {bad[:3]}"
+    if not isinstance(manifest["num_rows"], int) or manifest["num_rows"] < 0:
+        return f"'num_rows' must be a non-negative integer, got {manifest['num_rows']!r}"
+    provenance = manifest["provenance"]
+    if not isinstance(provenance, dict) or not {"run_id", "config_hash"} <= set(provenance):
+        return "'provenance' must be an object with 'run_id' and 'config_hash'"
+    return None
 
 
 @dataclass(frozen=True)
@@ -182,7 +219,20 @@ class Storage:
         return f"s3://{path}" if self.is_s3 else path
 
     def table_path(self, name: str, key: str | None = None) -> str:
-        return self.path("tables", name, key) if key else self.path("tables", name)
+        _check_part(name, "table name")
+        if key is None:
+            return self.path("tables", name)
+        return self.path("tables", name, _check_part(key, f"key of table '{name}'"))
+
+    def _unreachable(self, exc: OSError, doing: str) -> StorageError:
+        """A StorageError for a filesystem failure, with the settings a user can check."""
+        hint = ""
+        if self.is_s3:
+            endpoint = os.environ.get("AWS_ENDPOINT_URL", "<AWS default>")
+            hint = (f" (endpoint {endpoint}; check AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                    "AWS_SECRET_ACCESS_KEY and that the bucket exists)")
+        return StorageError(f"storage {self.uri} is unreachable or refused access (could not "
+                            f"{doing}){hint}: {exc}")
 
     def check_reachable(self) -> None:
         """Raise StorageError with an actionable message when the root cannot be used."""
@@ -190,12 +240,7 @@ class Storage:
             self.fs.create_dir(self.root, recursive=True)
             self.fs.get_file_info(self.root)
         except OSError as exc:
-            hint = ""
-            if self.is_s3:
-                endpoint = os.environ.get("AWS_ENDPOINT_URL", "<AWS default>")
-                hint = (f" (endpoint {endpoint}; check AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
-                        "AWS_SECRET_ACCESS_KEY and that the bucket exists)")
-            raise StorageError(f"storage {self.uri} is unreachable{hint}: {exc}") from exc
+            raise self._unreachable(exc, "be reached") from exc
 
     # Small files --------------------------------------------------------------------------
 
@@ -203,25 +248,40 @@ class Storage:
         """Write a small file atomically (rename locally, single PUT on S3); return its URI."""
         target = self.path(relative)
         parent = target.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        if self.is_s3:
-            with self.fs.open_output_stream(target) as out:
-                out.write(data)
-        else:
-            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
+        try:
+            self.fs.create_dir(parent, recursive=True)
+            if self.is_s3:
+                with self.fs.open_output_stream(target) as out:
+                    out.write(data)
+            else:
+                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+                try:
+                    with open(tmp, "wb") as out:
+                        out.write(data)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    os.replace(tmp, target)
+                finally:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
+        except OSError as exc:
+            raise self._unreachable(exc, f"write {self.uri_of(target)}") from exc
         return self.uri_of(target)
 
     def read_bytes(self, relative: str) -> bytes:
-        with self.fs.open_input_stream(self.path(relative)) as handle:
-            return handle.read()
+        try:
+            with self.fs.open_input_stream(self.path(relative)) as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._unreachable(exc, f"read {self.uri_of(self.path(relative))}") from exc
 
     def exists(self, relative: str) -> bool:
-        return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
+        try:
+            return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
+        except OSError as exc:
+            raise self._unreachable(exc, f"look up {self.uri_of(self.path(relative))}") from exc
 
     def upload_file(self, local_path: str | os.PathLike, relative: str) -> str:
         """Copy a local file (e.g. a figure) under the root; return its URI."""
@@ -230,14 +290,25 @@ class Storage:
     # Tables -------------------------------------------------------------------------------
 
     def _manifest(self, name: str, key: str) -> dict[str, Any] | None:
+        """The parsed manifest of one output (None when there is none), checked for shape."""
         path = f"{self.table_path(name, key)}/{MANIFEST}"
         try:
             with self.fs.open_input_stream(path) as handle:
-                return json.loads(handle.read())
+                manifest = json.loads(handle.read())
         except FileNotFoundError:
             return None
-        except json.JSONDecodeError as exc:
-            raise StorageError(f"damaged manifest {self.uri_of(path)}: {exc}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StorageError(f"damaged manifest {self.uri_of(path)}: {exc}; delete the "
+                               f"folder {self.uri_of(self.table_path(name, key))} to recompute "
+                               f"it") from exc
+        except OSError as exc:
+            raise self._unreachable(exc, f"read manifest {self.uri_of(path)}") from exc
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise StorageError(f"damaged manifest {self.uri_of(path)}: {problem}; delete the "
+                               f"folder {self.uri_of(self.table_path(name, key))} to recompute "
+                               f"it")
+        return manifest
 
     def has_table(self, name: str, key: str) -> bool:
         """True when table ``name`` has a committed output under ``key``."""
@@ -257,25 +328,34 @@ class Storage:
             uri=self.uri_of(base),
             files=tuple(f"{base}/{f}" for f in manifest["files"]),
             num_rows=int(manifest["num_rows"]),
-            provenance=Provenance(**manifest["provenance"]),
+            provenance=Provenance(**{k: v for k, v in manifest["provenance"].items()
+                                     if k in _PROVENANCE_FIELDS}),
         )
 
     def keys(self, name: str) -> list[str]:
         """Committed keys of table ``name``, oldest first."""
         selector = pafs.FileSelector(self.table_path(name), allow_not_found=True)
         found = []
-        for info in self.fs.get_file_info(selector):
+        try:
+            infos = self.fs.get_file_info(selector)
+        except OSError as exc:
+            raise self._unreachable(exc, f"list the outputs of table '{name}'") from exc
+        for info in infos:
             if info.type == pafs.FileType.Directory:
                 manifest = self._manifest(name, info.base_name)
                 if manifest is not None:
-                    found.append((manifest["provenance"]["created_at"], info.base_name))
+                    found.append((str(manifest["provenance"].get("created_at", "")),
+                                  info.base_name))
         return [key for _, key in sorted(found)]
 
     def tables(self) -> list[str]:
         """Names of the tables present under this root."""
         selector = pafs.FileSelector(self.path("tables"), allow_not_found=True)
-        return sorted(i.base_name for i in self.fs.get_file_info(selector)
-                      if i.type == pafs.FileType.Directory)
+        try:
+            infos = self.fs.get_file_info(selector)
+        except OSError as exc:
+            raise self._unreachable(exc, "list its tables") from exc
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     def write_table(
         self,
@@ -320,7 +400,12 @@ class Storage:
     def _remove_stale(self, base: str, keep: set[str]) -> None:
         """Delete data files of earlier, superseded or killed attempts under one key."""
         selector = pafs.FileSelector(base, allow_not_found=True)
-        for info in self.fs.get_file_info(selector):
+        try:
+            infos = self.fs.get_file_info(selector)
+        except OSError:
+            log.warning("could not list %s to remove stale files", base)
+            return
+        for info in infos:
             if info.base_name.startswith("part-") and info.base_name not in keep:
                 try:
                     self.fs.delete_file(info.path)
@@ -331,10 +416,13 @@ class Storage:
         """Remove one committed output (manifest first, so it disappears atomically)."""
         base = self.table_path(name, key)
         try:
-            self.fs.delete_file(f"{base}/{MANIFEST}")
-        except FileNotFoundError:
-            pass
-        self.fs.delete_dir_contents(base, missing_dir_ok=True)
+            try:
+                self.fs.delete_file(f"{base}/{MANIFEST}")
+            except FileNotFoundError:
+                pass
+            self.fs.delete_dir_contents(base, missing_dir_ok=True)
+        except OSError as exc:
+            raise self._unreachable(exc, f"delete table '{name}' output '{key}'") from exc
 
     def dataset(self, name: str, keys: str | Iterable[str] | None = None) -> pads.Dataset:
         """A pyarrow dataset over committed outputs of ``name`` (all keys when None)."""
@@ -373,7 +461,10 @@ class Storage:
     ) -> Iterator[pa.RecordBatch]:
         """Stream committed output(s) of ``name`` batch by batch (memory bounded by a batch)."""
         dataset = self.dataset(name, key)
-        yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+        try:
+            yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StorageError(f"cannot read table '{name}' under {self.uri}: {exc}") from exc
 
     @contextmanager
     def local_dir(self, relative: str) -> Iterator[Path]:
@@ -393,8 +484,18 @@ class Storage:
     def provenance_of(self, name: str, key: str) -> Provenance:
         """Provenance stored in the Parquet metadata of a committed output."""
         ref = self.table(name, key)
-        schema = pq.read_schema(ref.files[0], filesystem=self.fs)
-        return Provenance.from_json(schema.metadata[PROVENANCE_KEY])
+        if not ref.files:
+            return ref.provenance
+        try:
+            schema = pq.read_schema(ref.files[0], filesystem=self.fs)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StorageError(f"cannot read table '{name}' output '{key}' under {self.uri}: "
+                               f"{exc}") from exc
+        raw = (schema.metadata or {}).get(PROVENANCE_KEY)
+        if raw is None:
+            raise StorageError(f"{self.uri_of(ref.files[0])} has no galpipe provenance "
+                               f"metadata; was it written by galpipe?")
+        return Provenance.from_json(raw)
 
 
 class TableWriter:
@@ -426,14 +527,24 @@ class TableWriter:
         self._writer: pq.ParquetWriter | None = None
         self._stream = None
         self._rows_in_file = 0
+        self._unique_key = UNIQUE_KEYS.get(contract.name)
+        self._seen_keys: list[Any] = []
 
     def __enter__(self) -> "TableWriter":
-        self.storage.fs.create_dir(self.base, recursive=True)
+        try:
+            self.storage.fs.create_dir(self.base, recursive=True)
+        except OSError as exc:
+            raise self.storage._unreachable(exc, f"create {self.storage.uri_of(self.base)}") \
+                from exc
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
 
@@ -441,6 +552,8 @@ class TableWriter:
         """Validate one batch against the contract and append it."""
         table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
         table = validate(self.contract.conform(table), self.contract)
+        if self._unique_key is not None:
+            self._check_unique(table.column(self._unique_key))
         if self._schema is None:
             metadata = dict(table.schema.metadata or {})
             metadata[PROVENANCE_KEY] = self.provenance.to_json().encode()
@@ -454,16 +567,42 @@ class TableWriter:
             except (pa.ArrowInvalid, ValueError) as exc:
                 raise ValueError(f"table '{self.name}': a batch's schema differs from the "
                                  f"first batch's: {exc}") from exc
-        if self._writer is None or self._rows_in_file >= self.rows_per_file:
-            self._close_file()
-            filename = f"part-{self.attempt}-{len(self.files):05d}.parquet"
-            self._stream = self.storage.fs.open_output_stream(f"{self.base}/{filename}")
-            self._writer = pq.ParquetWriter(self._stream, self._schema, compression="zstd")
-            self.files.append(filename)
-            self._rows_in_file = 0
-        self._writer.write_table(table, row_group_size=self.row_group_size)
+        try:
+            if self._writer is None or self._rows_in_file >= self.rows_per_file:
+                self._close_file()
+                filename = f"part-{self.attempt}-{len(self.files):05d}.parquet"
+                self._stream = self.storage.fs.open_output_stream(f"{self.base}/{filename}")
+                self.files.append(filename)
+                self._writer = pq.ParquetWriter(self._stream, self._schema, compression="zstd")
+                self._rows_in_file = 0
+            self._writer.write_table(table, row_group_size=self.row_group_size)
+        except OSError as exc:
+            raise self.storage._unreachable(
+                exc, f"write table '{self.name}' output '{self.key}'") from exc
         self._rows_in_file += table.num_rows
         self.num_rows += table.num_rows
+
+    def _check_unique(self, column: pa.ChunkedArray) -> None:
+        """Raise ContractError when a key value repeats within this output (all batches so far).
+
+        Keeps every key seen (8 bytes per row for int64 ids), the price of catching a duplicate
+        before it is committed rather than at a join downstream.
+        """
+        import numpy as np
+
+        values = column.to_numpy(zero_copy_only=False)
+        previous = np.concatenate(self._seen_keys) if self._seen_keys else values[:0]
+        unique, counts = np.unique(values, return_counts=True)
+        repeated = unique[counts > 1]
+        again = unique[np.isin(unique, previous)]
+        duplicates = np.union1d(repeated, again)
+        if len(duplicates):
+            rows = np.flatnonzero(np.isin(values, duplicates))
+            raise ContractError(self.name, [
+                f"column '{self._unique_key}': duplicate values {duplicates[:5].tolist()} "
+                f"(rows {rows[:5].tolist()} of batch starting at row {self.num_rows}); "
+                f"each {self._unique_key} may appear once per table"])
+        self._seen_keys = [np.concatenate([previous, unique])]
 
     def _close_file(self) -> None:
         if self._writer is not None:
@@ -476,7 +615,12 @@ class TableWriter:
         if self._writer is None and not self.files:
             if self._schema is None:
                 raise ValueError(f"no data to write for table '{self.name}'")
-        self._close_file()
+        try:
+            self._close_file()
+        except OSError as exc:
+            raise self.storage._unreachable(
+                exc, f"write table '{self.name}' output '{self.key}'") from exc
+        self._check_files_present()
         manifest = {
             "table": self.name,
             "key": self.key,
@@ -487,11 +631,29 @@ class TableWriter:
         }
         self.storage.write_bytes(f"tables/{self.name}/{self.key}/{MANIFEST}",
                                  json.dumps(manifest, indent=1).encode())
-        self.storage._remove_stale(self.base, keep=set(self.files))
+        # A concurrent writer of the same key (a retried task whose first attempt still runs)
+        # may have committed after us: clean up against whichever manifest won, never ours.
+        current = self.storage._manifest(self.name, self.key)
+        keep = set(current["files"]) if current else set(self.files)
+        self.storage._remove_stale(self.base, keep=keep)
         log.info("wrote table %s/%s: %d rows in %d file(s)", self.name, self.key,
                  self.num_rows, len(self.files))
         self.ref = self.storage.table(self.name, self.key)
         return self.ref
+
+    def _check_files_present(self) -> None:
+        """Refuse to commit when a data file vanished (a concurrent writer cleaned it up)."""
+        for filename in self.files:
+            path = f"{self.base}/{filename}"
+            try:
+                found = self.storage.fs.get_file_info(path).type == pafs.FileType.File
+            except OSError as exc:
+                raise self.storage._unreachable(exc, f"check {path}") from exc
+            if not found:
+                raise StorageError(
+                    f"table '{self.name}' output '{self.key}': data file {filename} disappeared "
+                    f"before commit (another writer of the same key committed meanwhile); "
+                    f"this attempt is discarded, the other output stays")
 
     def abort(self) -> None:
         """Delete this attempt's files; earlier committed output stays as it was."""

@@ -45,6 +45,12 @@ FORMATS = {
     ".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet",
 }
 _CONTRACT_OPTIONAL = ("name", "redshift", "stellar_mass", "stellar_mass_source", "class", "split")
+LOG_MASS_RANGE = (3.0, 14.0)
+"""Plausible log10(M*/Msun) (dex) of a galaxy; values outside are markers (-1, -99, 99) or
+mistakes, and are refused rather than trained on."""
+LINEAR_MASS_MIN = 1e6
+"""Stellar masses this large (and below the sentinel range's use) are linear M*/Msun."""
+REDSHIFT_RANGE = (-0.01, 20.0)
 
 
 def infer_format(path: str | Path) -> str:
@@ -166,6 +172,13 @@ def _identity(values: pa.ChunkedArray, path: Path, column: str) -> np.ndarray:
         raise IngestError(f"catalogue {path}: id column '{column}' has type {values.type}; "
                           f"galaxy ids must be integers (map a string name to 'name' instead)")
     numbers = values.to_numpy()
+    limit = np.iinfo(np.int64).max
+    with np.errstate(invalid="ignore"):
+        too_large = (numbers > limit) | (numbers < -limit) if numbers.dtype.kind != "i" else \
+            np.zeros(len(numbers), bool)
+    if too_large.any():
+        raise IngestError(f"catalogue {path}: id column '{column}' has values outside the "
+                          f"int64 range at {rows_text(too_large)} (e.g. {numbers[too_large][0]})")
     ids = numbers.astype(np.int64)
     if pa.types.is_floating(values.type) and not np.array_equal(ids, numbers):
         raise IngestError(f"catalogue {path}: id column '{column}' has non-integer values at "
@@ -193,6 +206,19 @@ def _catalogue_value(values: pa.ChunkedArray, sentinel_abs: float) -> pa.Chunked
     if pa.types.is_large_string(values.type):
         return pc.cast(values, pa.string())
     return values
+
+
+def _check_log_mass(values: pa.ChunkedArray, path: Path, source: str) -> None:
+    """Refuse linear masses (M*/Msun), which the sentinel rule would silently turn to nulls."""
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        return  # non-numbers are reported by to_galaxies with their rows
+    numbers = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        linear = np.isfinite(numbers) & (numbers >= LINEAR_MASS_MIN)
+    if linear.any():
+        raise IngestError(f"catalogue {path}: stellar mass column '{source}' has values like "
+                          f"{numbers[linear][0]:.3g} at {rows_text(linear)}; stellar_mass must be "
+                          f"log10(M*/Msun) in dex (take log10 of linear masses first)")
 
 
 def read_catalogue(
@@ -248,6 +274,8 @@ def read_catalogue(
     path = Path(path)
     file_format = format or infer_format(path)
     raw = _read_raw(path, file_format, hdu)
+    if raw.num_rows == 0:
+        raise IngestError(f"catalogue {path} has no rows (columns: {raw.column_names})")
 
     identity = {"galaxy_id": id_column, "ra": ra_column, "dec": dec_column}
     if name_column is not None:
@@ -293,13 +321,47 @@ def read_catalogue(
             raise IngestError(f"catalogue {path}: two columns would be named '{target}'; "
                               f"pass an explicit columns= mapping")
         exempt = any(fnmatch.fnmatchcase(target, p) for p in sentinel_exempt)
+        values = _select(raw, source, path)
+        if target == "stellar_mass":
+            _check_log_mass(values, path, source)
         out_names.append(target)
-        out_arrays.append(_catalogue_value(_select(raw, source, path),
-                                           np.inf if exempt else sentinel_abs))
+        out_arrays.append(_catalogue_value(values, np.inf if exempt else sentinel_abs))
 
     table = pa.Table.from_arrays(out_arrays, names=out_names)
     log.info("read catalogue %s: %d rows, %d columns", path, table.num_rows, table.num_columns)
     return table
+
+
+def _numeric(values: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    """A numeric column as float64; strings that are not numbers are reported with their rows."""
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        return pc.cast(values, pa.float64())
+    if pa.types.is_null(values.type):
+        return pc.cast(values, pa.float64())
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        raise IngestError(f"column '{name}' has type {values.type}, expected numbers")
+    text = values.to_numpy(zero_copy_only=False)
+    numbers = np.full(len(text), np.nan)
+    bad = np.zeros(len(text), bool)
+    for i, item in enumerate(text):
+        if item is None or str(item).strip() == "":
+            continue
+        try:
+            numbers[i] = float(item)
+        except ValueError:
+            bad[i] = True
+    if bad.any():
+        raise IngestError(f"column '{name}' has values that are not numbers "
+                          f"{[str(v) for v in text[bad][:5]]} at {rows_text(bad)}")
+    return pa.chunked_array([pa.array(numbers, mask=np.isnan(numbers))])
+
+
+def _check_unique_ids(galaxy_ids: pa.ChunkedArray | np.ndarray) -> None:
+    ids = np.asarray(galaxy_ids.to_numpy() if hasattr(galaxy_ids, "to_numpy") else galaxy_ids)
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise IngestError(f"galaxy_id has duplicate values {unique[counts > 1][:5].tolist()} at "
+                          f"{rows_text(np.isin(ids, unique[counts > 1]))}")
 
 
 def to_galaxies(
@@ -348,7 +410,19 @@ def to_galaxies(
             core[name] = pc.cast(table.column(name), pa.string())
     for name in ("redshift", "stellar_mass"):
         if name in table.column_names:
-            core[name] = null_sentinels_arrow(table.column(name))
+            core[name] = null_sentinels_arrow(_numeric(table.column(name), name))
+    _check_unique_ids(core["galaxy_id"])
+    for name, (low, high), unit in (("stellar_mass", LOG_MASS_RANGE, " dex (log10 M*/Msun)"),
+                                    ("redshift", REDSHIFT_RANGE, "")):
+        if name in core:
+            values = core[name].to_numpy(zero_copy_only=False).astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                bad = (values < low) | (values > high)
+            if bad.any():
+                raise IngestError(
+                    f"column '{name}' has values {sorted(set(values[bad].tolist()))[:5]} outside "
+                    f"the plausible range [{low}, {high}]{unit} at {rows_text(bad)}; if they "
+                    f"mark missing values, replace them by NaN or null")
 
     has_mass = (core["stellar_mass"].is_valid().to_numpy(zero_copy_only=False)
                 if "stellar_mass" in core else np.zeros(n_rows, dtype=bool))

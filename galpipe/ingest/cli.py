@@ -82,8 +82,13 @@ def _catalogue(args: argparse.Namespace) -> int:
         table = crossmatch(table, other, max_separation_arcsec=args.max_separation,
                            prefix=args.prefix)
         inputs.append(str(Path(args.crossmatch).resolve()))
-    galaxies = to_galaxies(table, survey=args.survey, seed=args.seed,
-                           stratify_by=args.stratify_by or None)
+    from galpipe.ingest.tables import IngestError
+
+    try:
+        galaxies = to_galaxies(table, survey=args.survey, seed=args.seed,
+                               stratify_by=args.stratify_by or None)
+    except IngestError as exc:
+        raise IngestError(f"catalogue {args.catalogue}: {exc}") from exc
     cutouts = None
     if args.fits_dir:
         ids = galaxies.column("galaxy_id").to_numpy()

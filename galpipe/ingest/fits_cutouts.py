@@ -72,6 +72,8 @@ def fit_to_size(image: np.ndarray, size: tuple[int, int], policy: str, source: s
     if policy not in POLICIES:
         raise ValueError(f"size policy must be one of {POLICIES}, got '{policy}'")
     height, width = size
+    if 0 in image.shape:
+        raise IngestError(f"{source}: image of shape {image.shape} has no pixels")
     if image.shape[1:] == (height, width):
         return image
     if policy == "strict":
@@ -148,7 +150,30 @@ def _galaxy_image(directory: Path, pattern: str, galaxy_id: int, bands: Sequence
                               f"{image.shape[1:]}, but {len(bands)} band(s) {list(bands)} were "
                               f"requested")
         image = fit_to_size(image, size, policy, str(path))
-    return image - np.float32(bias) if bias else image
+    image = image - np.float32(bias) if bias else image
+    finite = np.isfinite(image)
+    if not finite.all():
+        source = directory / (pattern.format(id=galaxy_id, band="*"))
+        bad_bands = [b for b, ok in zip(bands, finite.reshape(len(bands), -1).all(axis=1))
+                     if not ok]
+        raise IngestError(f"FITS cutout {source}: {int((~finite).sum())} NaN or infinite "
+                          f"pixel(s) in band(s) {bad_bands} (galaxy_id {galaxy_id}); fill or "
+                          f"mask them before ingesting, or leave the galaxy out")
+    return image
+
+
+def _check_pattern(pattern: str) -> None:
+    """Refuse file patterns with placeholders other than ``{id}`` and ``{band}``."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"file pattern '{pattern}' is malformed: {exc}") from exc
+    unknown = sorted(set(fields) - {"id", "band"})
+    if unknown or "id" not in fields:
+        raise ValueError(f"file pattern '{pattern}' may only use {{id}} (required) and {{band}}, "
+                         f"found {unknown or 'no {id}'}")
 
 
 def fits_cutout_batches(
@@ -195,16 +220,23 @@ def fits_cutout_batches(
     IngestError
         Ids without files (listed), unreadable files, wrong dimensionality or shape (named).
     """
-    if "{id}" not in pattern:
-        raise ValueError(f"file pattern must contain '{{id}}', got '{pattern}'")
+    _check_pattern(pattern)
     if policy not in POLICIES:
         raise ValueError(f"size policy must be one of {POLICIES}, got '{policy}'")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if height < 1 or width < 1:
+        raise ValueError(f"cutout size must be >= 1 pixel, got {(height, width)}")
     directory = Path(directory)
     bands = list(bands)
+    if not bands or len(set(bands)) != len(bands):
+        raise ValueError(f"bands must be distinct names, at least one, got {bands}")
     galaxy_ids = np.asarray(galaxy_ids, dtype=np.int64)
+    unique, counts = np.unique(galaxy_ids, return_counts=True)
+    if (counts > 1).any():
+        raise IngestError(f"galaxy ids repeat: {unique[counts > 1][:5].tolist()}; each galaxy "
+                          f"gets one cutout")
 
     band_names = bands if "{band}" in pattern else [bands[0]]
     missing = [

@@ -76,6 +76,9 @@ def _array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
         values = archive[name]
     except Exception as exc:
         raise IngestError(f"npz file {path}: cannot read array '{name}': {exc}") from exc
+    if values.ndim == 0:
+        raise IngestError(f"npz file {path}: array '{name}' is a single value (0-D); expected "
+                          f"one value per galaxy")
     if index is None:
         return values
     if values.ndim != 2 or index >= values.shape[1]:
@@ -176,8 +179,15 @@ def read_reference_catalogue(
         values = {target: _array(archive, key, path) for target, key in mapping.items()}
         n_rows = len(values["ra"])
         lengths = {mapping[t]: len(v) for t, v in values.items()}
+        for target in ("ra", "dec"):
+            if values[target].dtype.kind not in "iuf":
+                raise IngestError(f"npz file {path}: array '{mapping[target]}' ({target}) has "
+                                  f"dtype {values[target].dtype}, expected numbers in degrees")
         if id_array is not None:
             galaxy_ids = _array(archive, id_array, path)
+            if galaxy_ids.dtype.kind not in "iu":
+                raise IngestError(f"npz file {path}: id array '{id_array}' has dtype "
+                                  f"{galaxy_ids.dtype}, expected integers")
             lengths[id_array] = len(galaxy_ids)
         else:
             galaxy_ids = np.arange(n_rows, dtype=np.int64) + id_offset
@@ -300,7 +310,12 @@ def _reference_batches(archive: zipfile.ZipFile, readers: list[_RowReader],
         for start in range(0, len(galaxy_ids), batch_size):
             ids = galaxy_ids[start:start + batch_size]
             images = np.stack([r.read(len(ids)) for r in readers], axis=1)
-            yield cutouts_batch(ids, images, schema)
+            try:
+                batch = cutouts_batch(ids, images, schema)
+            except IngestError as exc:
+                raise IngestError(f"npz file {archive.filename}, rows from {start}: {exc}") \
+                    from exc
+            yield batch
 
 
 def read_reference_npz(

@@ -205,6 +205,14 @@ def cutouts_batch(galaxy_ids: np.ndarray, images: np.ndarray, schema: pa.Schema)
     if galaxy_ids.shape != (images.shape[0],):
         raise ValueError(f"{len(galaxy_ids)} galaxy ids for {images.shape[0]} images")
     pixel_type = schema.field("image").type.value_type
+    if pa.types.is_floating(pixel_type):
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(images.astype(pixel_type.to_pandas_dtype(), copy=False))
+        bad = ~finite.reshape(len(images), -1).all(axis=1)
+        if bad.any():
+            raise IngestError(f"NaN or infinite pixels (or values beyond float32) in the images "
+                              f"of galaxy_id {galaxy_ids[bad][:5].tolist()} ({rows_text(bad)} of "
+                              f"this batch); mask or fill them before ingesting")
     flat = np.ascontiguousarray(images, dtype=pixel_type.to_pandas_dtype()).reshape(-1)
     image = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pixel_type), int(np.prod(shape)))
     return pa.RecordBatch.from_arrays([pa.array(galaxy_ids, pa.int64()), image], schema=schema)

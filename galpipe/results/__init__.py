@@ -78,10 +78,20 @@ def sql(query: str, storage: Storage | str, run: str | None = None) -> pl.DataFr
     """Run Polars SQL over every table under ``storage`` (tables named as in the contracts)."""
     store = _storage(storage)
     context = pl.SQLContext()
+    skipped: list[str] = []
     for name in store.tables():
         if name in query:
             try:
                 context.register(name, open_table(name, store, run=run))
-            except StorageError:
-                continue
-    return context.execute(query, eager=True)
+            except StorageError as exc:
+                skipped.append(f"{name} ({exc})")
+    try:
+        return context.execute(query, eager=True)
+    except (pl.exceptions.SQLInterfaceError, pl.exceptions.SQLSyntaxError,
+            pl.exceptions.ColumnNotFoundError, pl.exceptions.ComputeError,
+            pl.exceptions.InvalidOperationError, pl.exceptions.SchemaError) as exc:
+        detail = f"; not usable: {'; '.join(skipped)}" if skipped else ""
+        raise ValueError(f"query failed under {store.uri}: {exc}. Tables available: "
+                         f"{store.tables() or 'none'}{detail}") from exc
+    except OSError as exc:
+        raise StorageError(f"query could not read tables under {store.uri}: {exc}") from exc

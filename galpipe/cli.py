@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("galpipe").warning(
             "interrupted: completed stages are kept; rerun the same command to resume")
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         if args.verbose:
             raise
         logging.getLogger("galpipe").error("%s", exc)

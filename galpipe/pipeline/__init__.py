@@ -115,6 +115,7 @@ def run_pipeline(config: Config, storage_uri: str, *, tracking_uri: str | None =
                           + len(scl) * (("neighbours" in wanted) + ("local_tests" in wanted))
                           + ("discovery" in wanted) + ("information" in wanted))
         tables = stages.ingest(ctx)
+        stages.check_columns(ctx, tables)
         trained = {}
         if "train" in wanted:
             trained = {m.name: stages.train(ctx, m, tables) for m in all_models}

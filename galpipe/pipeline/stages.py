@@ -82,19 +82,24 @@ def ingest(ctx: RunContext) -> SurveyTables:
                     cut.write(cutouts)
             return {"galaxies": n}
     elif kind == "tables":
-        key = ctx.key("ingest", source)
-        inputs = [(f"source:{source['galaxies']}", ""), (f"source:{source.get('cutouts')}", "")]
+        from galpipe.storage import resolve
+
+        listed = {t: _source_files(*resolve(source[t])) for t in ("galaxies", "cutouts")
+                  if source.get(t)}
+        # The key covers the files' names, sizes and modification times, so changed inputs
+        # are re-ingested rather than silently reused.
+        key = ctx.key("ingest", source, {t: [(f.path, f.size, f.mtime_ns) for f in files]
+                                         for t, files in listed.items()})
+        inputs = [(f"source:{source[t]}", "") for t in listed]
 
         def compute() -> dict[str, Any]:
-            from galpipe.storage import resolve
             import pyarrow.dataset as pads
 
             count = 0
-            for table in ("galaxies", "cutouts"):
-                if not source.get(table):
-                    continue
-                fs, path = resolve(source[table])
-                dataset = pads.dataset(path, filesystem=fs, format="parquet")
+            for table, files in listed.items():
+                fs, _ = resolve(source[table])
+                dataset = pads.dataset([f.path for f in files], filesystem=fs,
+                                       format="parquet")
                 with storage.table_writer(table, key=key, provenance=ctx.provenance(
                         "ingest", inputs)) as writer:
                     for batch in dataset.to_batches():
@@ -110,6 +115,61 @@ def ingest(ctx: RunContext) -> SurveyTables:
                   compute=compute)
     cutouts_key = key if storage.has_table("cutouts", key) else None
     return SurveyTables(key, cutouts_key)
+
+
+def _source_files(fs, path: str) -> list:
+    """The Parquet files of a source: those a galpipe manifest lists, else every *.parquet."""
+    import json
+
+    from pyarrow import fs as pafs
+
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [info]
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"survey source {path} does not exist")
+    try:
+        with fs.open_input_stream(f"{path}/_COMMITTED.json") as handle:
+            listed = json.loads(handle.read())["files"]
+        return fs.get_file_info([f"{path}/{name}" for name in listed])
+    except FileNotFoundError:
+        pass
+    found = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+             if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+    if not found:
+        raise FileNotFoundError(f"survey source {path} holds no .parquet files")
+    return sorted(found, key=lambda i: i.path)
+
+
+def check_columns(ctx: RunContext, tables: SurveyTables) -> None:
+    """Fail before any training when the config names columns or bands the survey lacks."""
+    import pyarrow.parquet as pq
+
+    config = ctx.config
+    galaxies = ctx.storage.table("galaxies", tables.galaxies_key)
+    columns = pq.read_schema(galaxies.files[0], filesystem=ctx.storage.fs).names
+    bands: list[str] = []
+    if tables.cutouts_key:
+        cutouts = ctx.storage.table("cutouts", tables.cutouts_key)
+        metadata = pq.read_schema(cutouts.files[0], filesystem=ctx.storage.fs).metadata or {}
+        bands = metadata.get(b"galpipe.bands", b"").decode().split(",")
+    for spec in config.models():
+        config.feature_set(spec.feature_set).check_available(columns, bands)
+    named = {"local_tests.query": config.local_tests.query,
+             "local_tests.condition": config.local_tests.condition,
+             "survey.class_column": config.survey.class_column,
+             "survey.magnitude_column": config.survey.magnitude_column}
+    named.update({f"discovery.variables[{i}]": v for i, v in
+                  enumerate(config.discovery.variables) if not v.startswith("estimate:")})
+    missing = {k: v for k, v in named.items() if v and v not in columns}
+    if missing:
+        raise ValueError(f"config names columns the galaxies table does not have: {missing} "
+                         f"(available: {sorted(columns)})")
+    for variable in config.discovery.variables:
+        if variable.startswith("estimate:") and \
+                f"mi:{variable.split(':', 1)[1]}" not in {m.name for m in config.models()}:
+            raise ValueError(f"discovery variable '{variable}' needs an MI model of that "
+                             "feature set; add it to an information tuple")
 
 
 def _has_images(ctx: RunContext) -> bool:

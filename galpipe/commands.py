@@ -32,7 +32,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "(value parsed as YAML)")
 
 
-def _overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str]) -> dict:
+    """A nested override mapping from ``KEY.PATH=VALUE`` strings (values parsed as YAML)."""
     import yaml
 
     overrides: dict = {}
@@ -53,7 +54,7 @@ def _run(args: argparse.Namespace, targets: tuple[str, ...] | None = None,
     from galpipe import config as config_module
     from galpipe.pipeline import run_pipeline
 
-    config = config_module.load(args.config, overrides=_overrides(args.set))
+    config = config_module.load(args.config, overrides=parse_overrides(args.set))
     summary = run_pipeline(config, args.storage, tracking_uri=args.tracking_uri,
                            run_id=args.run_id, targets=targets, models=models)
     print(summary.render())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,38 +109,46 @@ def test_results_query_with_polars(tiny_run):
 
 
 def test_interrupted_run_resumes_and_matches_uninterrupted(tiny_run, tmp_path):
-    """SIGINT mid-training, rerun: the same committed keys and the same table contents."""
+    """SIGKILL mid-training, rerun: the run completes with the same tables, keys and rows.
+
+    Training is not bit-reproducible across processes (fresh augmentation entropy, Ray Data
+    block timing), so values are compared for what is deterministic: the content keys of
+    every stage, the set of tables, and the galaxies and splits of every row.
+    """
     config, store, first, _ = tiny_run
     resumed_store = tmp_path / "resumed"
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "galpipe.cli", "run", "--config", str(TINY),
                "--storage", str(resumed_store)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True, text=True)
-    deadline = time.monotonic() + 400
-    checkpoints = resumed_store / "checkpoints"
-    while time.monotonic() < deadline and process.poll() is None:
-        if checkpoints.exists() and any(checkpoints.rglob("checkpoint_*")):
-            break
-        time.sleep(0.5)
-    assert process.poll() is None, f"run ended before a checkpoint:\n{process.stdout.read()}"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(30)
+    log_path = tmp_path / "first.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 400
+        checkpoints = resumed_store / "checkpoints"
+        while time.monotonic() < deadline and process.poll() is None:
+            if checkpoints.exists() and any(checkpoints.rglob("checkpoint_*")):
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, f"run ended before a checkpoint:\n{log_path.read_text()}"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+    resumed = Storage(resumed_store)
+    assert not resumed.keys("predictions"), "the kill came too late to interrupt training"
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    resumed = Storage(resumed_store)
+    resumed_steps = re.findall(r"'resumed_from_step': (\d+)", rerun.stderr + rerun.stdout)
+    assert any(int(step) > 0 for step in resumed_steps), "no model resumed from a checkpoint"
     original = Storage(store)
-    for table in ("predictions", "information", "local_tests"):
-        a = original.read_table(table, original.keys(table)[:1]).drop_columns(["run_id"])
-        keys = [k for k in resumed.keys(table) if k in original.keys(table)]
-        assert keys, f"{table}: the resumed run committed different keys"
-        b = resumed.read_table(table, keys[:1]).drop_columns(["run_id"])
-        assert a.num_rows == b.num_rows
-        sort = [("galaxy_id", "ascending")]
-        a, b = a.sort_by(sort), b.sort_by(sort)
-        for name in a.column_names:
-            if a.column(name).type in (pl.Float64,):
-                continue
-        assert a.column("galaxy_id").equals(b.column("galaxy_id"))
+    for record in first.records:
+        if record.table == "model":
+            continue
+        assert resumed.has_table(record.table, record.key), record.stage
+        a = original.read_table(record.table, record.key)
+        b = resumed.read_table(record.table, record.key)
+        assert a.num_rows == b.num_rows, record.stage
+        if "galaxy_id" in a.column_names:
+            assert sorted(a.column("galaxy_id").to_pylist()) == \
+                sorted(b.column("galaxy_id").to_pylist()), record.stage

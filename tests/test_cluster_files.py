@@ -178,7 +178,7 @@ def test_ray_version_images_and_working_dir_agree_with_the_pin_and_dockerfile():
 
 def test_every_job_entrypoint_is_a_real_script_accepting_its_arguments():
     from galpipe import config as config_module
-    from galpipe.commands import _overrides
+    from galpipe.commands import parse_overrides
 
     invocations = _job_script_invocations()
     scripts = {script for _, script, _ in invocations}
@@ -193,7 +193,7 @@ def test_every_job_entrypoint_is_a_real_script_accepting_its_arguments():
             pytest.fail(f"{where}: {script.name} rejects {arguments} (exit {exc.code})")
         if getattr(args, "config", None):
             # The config named must exist in the checkout and validate with its overrides.
-            config_module.load(REPO / args.config, overrides=_overrides(args.set))
+            config_module.load(REPO / args.config, overrides=parse_overrides(args.set))
     for script in scripts:
         shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
                                text=True, timeout=60, cwd=REPO)

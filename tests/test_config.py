@@ -59,5 +59,5 @@ def test_overrides_apply_per_kind_and_change_the_hash():
     assert changed.config_hash != base.config_hash
     assert changed.training.for_model("image", "mi", "mi:gri").steps == 7
     assert changed.training.for_model("image", "mi", "mi:optical+gri").steps == \
-        base.training.steps
+        base.training.for_model("image", "mi", "mi:optical+gri").steps
     assert changed.training.for_model("catalogue", "scl", "scl:optical").batch_size == 128

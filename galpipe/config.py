@@ -249,6 +249,10 @@ class TrainingConfig:
     seed: int = 0
     reconstruction_weight_image: float = 100.0
     reconstruction_weight_catalogue: float = 1.0
+    # Gaussian soft labels of this width (dex) around the true bin; 0 = hard one-hot targets
+    # as in the paper. Small samples over 0.0125-dex bins need it to avoid memorising the
+    # training histogram.
+    label_smoothing_dex: float = 0.0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_model(self, input_kind: str, training_kind: str, name: str) -> "TrainingConfig":
@@ -268,7 +272,7 @@ class TrainingConfig:
 class InferenceConfig:
     batch_size: int = 256
     num_actors: int = 1
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = 0.5
     gpus_per_actor: float = 0.0
     pdf_quantiles: tuple[float, ...] = (0.05, 0.16, 0.5, 0.84, 0.95)
 

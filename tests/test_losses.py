@@ -328,3 +328,27 @@ def test_loss_weights_paper_values_and_round_trip():
     assert LossWeights.from_dict(weights.to_dict()) == weights
     with pytest.raises(ValueError, match="unknown loss weight fields"):
         LossWeights.from_dict({"contrastt": 1.0})
+
+
+def test_soft_bin_targets_are_normalised_gaussians_around_the_true_bin():
+    from galpipe.models.losses import soft_bin_targets
+
+    bins = torch.tensor([0, 5, 9])
+    targets = soft_bin_targets(bins, 10, 2.0).numpy()
+    for row, centre in zip(targets, [0, 5, 9]):
+        expected = np.exp(-0.5 * ((np.arange(10) - centre) / 2.0) ** 2)
+        np.testing.assert_allclose(row, expected / expected.sum(), rtol=1e-6)
+
+
+def test_smoothed_cross_entropy_equals_hand_computation_and_zero_width_is_hard():
+    from galpipe.models.losses import cross_entropy_terms, soft_bin_targets
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 12)
+    bins = torch.tensor([1, 4, 7, 11])
+    targets = soft_bin_targets(bins, 12, 1.5)
+    log_p = torch.log_softmax(logits, dim=1)
+    expected = -(targets * log_p).sum(dim=1).mean()
+    assert torch.isclose(cross_entropy_terms([logits], bins, 1.5), expected)
+    hard = -log_p[torch.arange(4), bins].mean()
+    assert torch.isclose(cross_entropy_terms([logits], bins, 0.0), hard)

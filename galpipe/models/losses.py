@@ -55,6 +55,7 @@ class LossWeights:
     agreement: float = 1.0
     contrast: float = 1.0
     detach_agreement_targets: bool = True
+    label_smoothing_bins: float = 0.0
 
     @classmethod
     def for_input(cls, input_kind: str, **changes: Any) -> LossWeights:
@@ -90,7 +91,29 @@ def _check_bins(bins: torch.Tensor, n_bins: int, n_galaxies: int) -> None:
                          "stellar mass (bin -1) before training")
 
 
-def cross_entropy_terms(logits: Sequence[torch.Tensor], bins: torch.Tensor) -> torch.Tensor:
+def soft_bin_targets(bins: torch.Tensor, n_bins: int, width_bins: float) -> torch.Tensor:
+    """Gaussian soft targets around each true bin, shape (N, n_bins), rows summing to 1.
+
+    ``width_bins`` is the Gaussian's standard deviation in bins (0.1 dex = 8 bins of 0.0125 dex).
+    Why: with a few thousand galaxies, hard targets over hundreds of 0.0125-dex bins make the
+    network memorise the spiky training histogram; a width below the mass uncertainty keeps the
+    ordinal neighbourhood of the truth plausible instead.
+    """
+    centres = torch.arange(n_bins, device=bins.device, dtype=torch.float32)
+    distance = (centres[None, :] - bins[:, None].to(torch.float32)) / width_bins
+    return torch.softmax(-0.5 * distance * distance, dim=1)
+
+
+def _bin_cross_entropy(logits: torch.Tensor, bins: torch.Tensor,
+                       smoothing_bins: float) -> torch.Tensor:
+    if smoothing_bins > 0:
+        targets = soft_bin_targets(bins, logits.shape[1], smoothing_bins)
+        return F.cross_entropy(logits, targets.to(logits.dtype))
+    return F.cross_entropy(logits, bins)
+
+
+def cross_entropy_terms(logits: Sequence[torch.Tensor], bins: torch.Tensor,
+                        smoothing_bins: float = 0.0) -> torch.Tensor:
     """Classification loss of every view against the true mass bin.
 
     Parameters
@@ -99,6 +122,9 @@ def cross_entropy_terms(logits: Sequence[torch.Tensor], bins: torch.Tensor) -> t
         One (N, n_bins) logit tensor per view (z1, z2 and, for images, za).
     bins:
         True bin of each galaxy, int64 (N,).
+    smoothing_bins:
+        If positive, the targets are Gaussian soft labels of this width in bins
+        (:func:`soft_bin_targets`) instead of the one-hot true bin.
 
     Returns
     -------
@@ -107,7 +133,8 @@ def cross_entropy_terms(logits: Sequence[torch.Tensor], bins: torch.Tensor) -> t
     if not logits:
         raise ValueError("cross_entropy_terms needs at least one logits tensor")
     _check_bins(bins, logits[0].shape[1], logits[0].shape[0])
-    return torch.stack([F.cross_entropy(view, bins) for view in logits]).sum()
+    return torch.stack([_bin_cross_entropy(view, bins, smoothing_bins)
+                        for view in logits]).sum()
 
 
 def reconstruction(reconstructions: Sequence[torch.Tensor],
@@ -284,7 +311,7 @@ def scl_loss(
     s1 = network.latent_s(z1)
     positive_pairs = [(s1, network.latent_s(z)) for z in latents[1:]]
     terms = {
-        "cross_entropy": cross_entropy_terms(logits, bins),
+        "cross_entropy": cross_entropy_terms(logits, bins, weights.label_smoothing_bins),
         "reconstruction": reconstruction(reconstructions, targets),
         "agreement": output_agreement(logits, weights.detach_agreement_targets),
         "contrast": latent_contrast(positive_pairs, s1[:n_a], s1[n_a:]),
@@ -297,14 +324,16 @@ def scl_loss(
 
 
 def mi_loss(network: MassNetwork, x: torch.Tensor, extra: torch.Tensor | None,
-            bins: torch.Tensor) -> torch.Tensor:
+            bins: torch.Tensor, smoothing_bins: float = 0.0) -> torch.Tensor:
     """Loss of an information ("mi") model: mean cross-entropy of the true bin, nats.
 
     Shapes: x (N, C, H, W) or (N, F); extra (N, n_extra) or None; bins int64 (N,).
+    ``smoothing_bins`` > 0 trains on Gaussian soft labels (:func:`soft_bin_targets`); the
+    pointwise information is still measured with the hard true-bin cross-entropy.
     """
     logits = network(x, extra)["logits"]
     _check_bins(bins, logits.shape[1], logits.shape[0])
-    return F.cross_entropy(logits, bins)
+    return _bin_cross_entropy(logits, bins, smoothing_bins)
 
 
 __all__ = [
@@ -316,4 +345,5 @@ __all__ = [
     "reconstruction",
     "rms_distance",
     "scl_loss",
+    "soft_bin_targets",
 ]

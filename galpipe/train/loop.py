@@ -42,16 +42,18 @@ class Objective(nn.Module):
     encode/decode/logits methods, not its forward).
     """
 
-    def __init__(self, network: MassNetwork, weights: LossWeights | None = None) -> None:
+    def __init__(self, network: MassNetwork, weights: LossWeights | None = None,
+                 smoothing_bins: float = 0.0) -> None:
         super().__init__()
         self.network = network
         self.weights = weights
+        self.smoothing_bins = smoothing_bins
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None, bins: torch.Tensor,
                 x_aug: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.network.training_kind == "mi":
-            loss = mi_loss(self.network, x, extra, bins)
+            loss = mi_loss(self.network, x, extra, bins, self.smoothing_bins)
             return loss, {"cross_entropy": loss.detach()}
 
         half = x.shape[0] // 2
@@ -167,10 +169,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_amp = bool(training["use_gpu"] and training["mixed_precision"] and device.type == "cuda")
 
     network = build_network(**config["network"])
+    bins = config["bins"]
+    bin_width = (float(bins["high"]) - float(bins["low"])) / int(bins["n_bins"])
+    smoothing_bins = float(training.get("label_smoothing_dex", 0.0)) / bin_width
     weights = None
     if network.training_kind == "scl":
         weights = LossWeights.for_input(network.input_kind, reconstruction=float(
-            training[f"reconstruction_weight_{network.input_kind}"]))
+            training[f"reconstruction_weight_{network.input_kind}"]),
+            label_smoothing_bins=smoothing_bins)
     state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -178,7 +184,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = load_state(directory)
         network.load_state_dict(state["network"])
     objective = ray.train.torch.prepare_model(
-        Objective(network, weights), parallel_strategy_kwargs={"find_unused_parameters": False})
+        Objective(network, weights, smoothing_bins), parallel_strategy_kwargs={"find_unused_parameters": False})
     optimizer = torch.optim.Adam(objective.parameters(), lr=float(training["learning_rate"]),
                                  weight_decay=float(training["weight_decay"]))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -210,7 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     generator = torch.Generator(device="cpu")
     window: dict[str, torch.Tensor] = {}
     n_window = 0
-    train_time, data_wait, trained_steps = 0.0, 0.0, 0
+    train_time, data_wait, train_cpu, trained_steps = 0.0, 0.0, 0.0, 0
     previous = state["metrics"] if state is not None else {}
     last_losses = {"loss": float(previous.get("train_loss", float("nan")))}
     validation_ce = float(previous.get("validation_cross_entropy", float("nan")))
@@ -230,7 +236,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return {"step": step, "epoch": epoch, "validation_cross_entropy": validation_ce,
                 "train_loss": last_losses.get("loss", float("nan")),
                 "galaxies_per_second": rate, "train_loop_seconds": train_time,
-                "data_wait_seconds": data_wait, "cuda": float(device.type == "cuda"),
+                "data_wait_seconds": data_wait, "train_cpu_seconds": train_cpu,
+                "cuda": float(device.type == "cuda"),
                 "mixed_precision": float(use_amp),
                 "resumed_from_step": resumed_from,
                 "worker_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -256,7 +263,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     while step < steps:
         batches_this_epoch = 0
         shuffle_seed = int(training["seed"]) * 100_003 + epoch
-        tick = time.perf_counter()
+        tick, cpu_tick = time.perf_counter(), time.process_time()
         for batch in train_shard.iter_torch_batches(
                 batch_size=per_worker, drop_last=True, device=device,
                 local_shuffle_buffer_size=config.get("shuffle_buffer") or None,
@@ -286,6 +293,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 # The first step also waits for the pipeline to start: throughput is measured
                 # on the steps after it.
                 train_time += time.perf_counter() - tick
+                train_cpu += time.process_time() - cpu_tick
                 data_wait += waited
 
             if step % int(training["log_every"]) == 0 or step == steps:
@@ -310,7 +318,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 raise RuntimeError(f"simulated crash after step {step} (fail_at_step)")
             if step >= steps:
                 break
-            tick = time.perf_counter()
+            tick, cpu_tick = time.perf_counter(), time.process_time()
         if batches_this_epoch == 0:
             raise ValueError(f"worker {rank}: the training shard holds fewer than {per_worker} "
                              "galaxies, so no full batch can be formed; lower batch_size or "

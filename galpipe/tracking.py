@@ -31,12 +31,13 @@ def _safe_key(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-. :/" else "_" for ch in key)
 
 
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as MLflow-legal ``a.b`` keys with string values (params are strings)."""
     flat: dict[str, str] = {}
     for key, value in params.items():
         name = f"{prefix}{_safe_key(str(key))}"
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten_params(value, f"{name}."))
         else:
             flat[name] = str(value)[:500]
     return flat
@@ -86,7 +87,7 @@ class Tracker:
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = [Param(k, v) for k, v in _flatten(params).items()]
+        flat = [Param(k, v) for k, v in flatten_params(params).items()]
         for start in range(0, len(flat), 100):
             self.client.log_batch(run_id, params=flat[start:start + 100])
 

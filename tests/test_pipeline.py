@@ -103,7 +103,7 @@ def test_results_query_with_polars(tiny_run):
     info = open_table("information", store, run=summary.run_id).collect()
     assert info["run_id"].unique().to_list() == [summary.run_id]
     by_class = sql("SELECT tuple, avg(synergistic) AS mean_synergy FROM information "
-                   "GROUP BY tuple", store, run="latest")
+                   "GROUP BY tuple", store, run=summary.run_id)
     direct = info.group_by("tuple").agg(pl.col("synergistic").mean())
     assert np.isclose(by_class["mean_synergy"][0], direct["synergistic"][0])
 

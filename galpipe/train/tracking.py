@@ -15,9 +15,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from galpipe.tracking import flatten_params
+
 log = logging.getLogger(__name__)
 
-_MAX_PARAM_LENGTH = 500
 
 
 def _client(tracking_uri: str):
@@ -25,18 +26,6 @@ def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
-
-
-def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mappings as ``a.b`` keys with string values (MLflow params are strings)."""
-    flat: dict[str, str] = {}
-    for name, value in values.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_params(value, f"{key}."))
-        else:
-            flat[key] = str(value)[:_MAX_PARAM_LENGTH]
-    return flat
 
 
 def start_run(tracking_uri: str, experiment: str, run_name: str,

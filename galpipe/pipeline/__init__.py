@@ -185,13 +185,15 @@ def _summary(ctx: RunContext, parent: str, start: float) -> RunSummary:
             f"{model}.{estimator}.test_crps": row["crps"]})
     ctx.tracker.set_tags(parent, {"galpipe.tables": ctx.storage.uri + "/tables",
                                   **{f"galpipe.key.{r.stage}": r.key for r in ctx.records}})
-    selector_root = ctx.storage.path("figures")
+    # Figures live under figures/<stage>/<key>/: list only those of outputs this run used.
+    used = {r.key for r in ctx.records}
     try:
         from pyarrow import fs as pafs
 
-        infos = ctx.storage.fs.get_file_info(pafs.FileSelector(selector_root, recursive=True,
-                                                               allow_not_found=True))
-        summary.figures = [ctx.storage.uri_of(i.path) for i in infos if i.path.endswith(".png")]
+        infos = ctx.storage.fs.get_file_info(pafs.FileSelector(
+            ctx.storage.path("figures"), recursive=True, allow_not_found=True))
+        summary.figures = [ctx.storage.uri_of(i.path) for i in infos
+                           if i.path.endswith(".png") and i.path.split("/")[-2] in used]
     except OSError:
         pass
     return summary
